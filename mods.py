@@ -222,7 +222,8 @@ class _WandbLog:
             group=f"Run ID: {run_id}",
             name=f"Node ID: {node_id}",
             id=f"{run_id}_{node_id}",
-            resume="allow",
+            # Offline, every piece is written on its own and `wandb sync` joins them.
+            resume=None if mode == "offline" else "allow",
             dir=directory,
             mode=mode,
             reinit="create_new",  # one run per node, several nodes in one process

@@ -1,0 +1,27 @@
+# The virtual environment lives outside the project folder on purpose: flwr 1.10's
+# flower-client-app re-imports every module under the project folder before each
+# message, and a .venv inside it would be re-imported too (and crash the client).
+VENV ?= $(HOME)/.venvs/flower-custom-mods
+PYTHON := $(VENV)/bin/python
+# A local copy of CIFAR-10 in the hub's parquet layout, when there is one; else the hub.
+DATASET ?= $(if $(wildcard ../shared/data/cifar10),../shared/data/cifar10,uoft-cs/cifar10)
+ROUNDS ?= 3
+
+.PHONY: run test test-fast setup
+
+run: $(VENV)/.installed  ## set up, then run a local federation (SuperLink, 2 clients, server)
+	PATH="$(VENV)/bin:$$PATH" $(PYTHON) launch.py --rounds $(ROUNDS) --dataset "$(DATASET)"
+
+test: $(VENV)/.installed  ## set up, then run every test, the slow end-to-end ones included
+	PATH="$(VENV)/bin:$$PATH" $(PYTHON) -m pytest -m "slow or not slow" tests/
+
+test-fast: $(VENV)/.installed  ## set up, then run the fast tests only
+	PATH="$(VENV)/bin:$$PATH" $(PYTHON) -m pytest tests/
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements-test.txt
+	touch $@

@@ -1,0 +1,175 @@
+"""Run a whole local federation with one command: the four commands a user would type.
+
+Starts `flower-superlink`, one `flower-client-app` per client (each on its own IID
+partition) and `flower-server-app` on free loopback ports, shows the rounds as they
+complete, and stops every process it started when the run ends or on Ctrl-C. Each
+process writes to its own log file. Run `python launch.py --help` for the options.
+"""
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+PROJECT_DIR = Path(__file__).resolve().parent
+GRACE_SECONDS = 5.0
+ROUND_DONE = re.compile(r"fit progress: \((\d+), ([\d.]+), \{'accuracy': ([\d.]+)\}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _reset_sigint() -> None:
+    # A background job of a non-interactive shell ignores SIGINT, and its children
+    # inherit that: give each process Python's default back, so SIGINT stops it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(command: List[str], log_path: Path, env: Dict[str, str]) -> subprocess.Popen:
+    """Start one process in its own session, its output going to `log_path`."""
+    with log_path.open("w") as log_file:
+        return subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops them in order
+            preexec_fn=_reset_sigint,
+        )
+
+
+def stop(processes: List[subprocess.Popen], grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM each process still running, wait up to `grace` seconds, then SIGKILL."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until something listens on 127.0.0.1:`port`, or fail if `process` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def federation_commands(
+    clients: List[str], fleet_port: int, driver_port: int, project_dir: Path = PROJECT_DIR
+) -> Dict[str, List[str]]:
+    """The seed's four commands, on the given ports, one client per partition."""
+    common = ["--insecure", "--dir", str(project_dir)]
+    commands = {
+        "superlink": [
+            "flower-superlink", "--insecure",
+            "--fleet-api-address", f"127.0.0.1:{fleet_port}",
+            "--driver-api-address", f"127.0.0.1:{driver_port}",
+        ],
+    }
+    for partition_id, client_app in enumerate(clients):
+        commands[f"client-{partition_id}"] = [
+            "flower-client-app", f"client:{client_app}", *common,
+            "--superlink", f"127.0.0.1:{fleet_port}",
+            "--node-config", f"partition-id={partition_id},num-partitions={len(clients)}",
+        ]
+    commands["server"] = [
+        "flower-server-app", "server:app", *common, "--superlink", f"127.0.0.1:{driver_port}"
+    ]
+    return commands
+
+
+def run(
+    clients: List[str], run_config: str, log_dir: Path, quiet: bool = False
+) -> int:
+    """Run one federation to its end; return 0 if every process did its part."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RUN_CONFIG": run_config, "PYTHONUNBUFFERED": "1"}
+    commands = federation_commands(clients, free_port(), free_port())
+    say = (lambda *args: None) if quiet else print
+    processes: Dict[str, subprocess.Popen] = {}
+    try:
+        for name, command in commands.items():
+            log_path = log_dir / f"{name}.log"
+            say(f"starting {name}: {' '.join(command)}\n    log: {log_path}")
+            processes[name] = start(command, log_path, env)
+            if name == "superlink":
+                wait_for_port(int(command[-1].rsplit(":", 1)[1]), processes[name])
+        server_code = _follow_server(processes, log_dir / "server.log", say)
+    except KeyboardInterrupt:
+        say("interrupted: stopping the federation")
+        server_code = 130
+    finally:
+        stop(list(processes.values())[::-1])
+    failed = [name for name, process in processes.items()
+              if name.startswith("client") and process.returncode not in (0, -signal.SIGTERM)]
+    if failed:
+        say(f"these clients failed: {failed}; see their logs in {log_dir}")
+    return server_code or (1 if failed else 0)
+
+
+def _follow_server(processes: Dict[str, subprocess.Popen], server_log: Path, say) -> int:
+    """Wait for the ServerApp to finish, printing each round as it completes."""
+    server = processes["server"]
+    seen = 0
+    while True:
+        finished = server.poll() is not None
+        for match in ROUND_DONE.finditer(server_log.read_text()):
+            if int(match[1]) > seen:
+                seen = int(match[1])
+                say(f"round {seen} done: global test accuracy {float(match[3]):.4f}")
+        if finished:
+            return server.returncode
+        dead = [name for name, p in processes.items() if p.poll() is not None and name != "server"]
+        if dead:
+            say(f"{dead} stopped before the run ended")
+            return 1
+        time.sleep(0.5)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=None, help="server rounds (default: the app's)")
+    parser.add_argument(
+        "--clients", default="wandb_app,tb_app",
+        help="comma-separated ClientApp of each client, one partition each "
+        "(default: wandb_app,tb_app)",
+    )
+    parser.add_argument("--dataset", default=None, help="hub id or local folder (default: the app's)")
+    parser.add_argument(
+        "--logs", type=Path, default=Path("federation-logs"),
+        help="folder for each process's output (default: ./federation-logs)",
+    )
+    args = parser.parse_args(argv)
+    overrides = [os.environ.get("RUN_CONFIG", "")]
+    if args.rounds is not None:
+        overrides.append(f"num-server-rounds={args.rounds}")
+    if args.dataset is not None:
+        overrides.append(f'dataset="{args.dataset}"')
+    code = run(args.clients.split(","), ",".join(o for o in overrides if o), args.logs.resolve())
+    print(f"{'finished' if code == 0 else 'FAILED'}; process logs in {args.logs.resolve()}")
+    print("TensorBoard: tensorboard --logdir .runs_history/    W&B (offline): wandb sync wandb/offline-run-*")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
