@@ -1,9 +1,10 @@
 """Read the mods' logs back from disk, with the backends' own readers."""
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
@@ -20,14 +21,27 @@ def read_tensorboard(event_file: Path) -> Dict[str, Dict[int, float]]:
     }
 
 
-def read_wandb(wandb_dir: Path) -> Dict[str, dict]:
+def read_wandb(wandb_dir: Path, timeout: float = 10.0) -> Dict[str, dict]:
     """{W&B run id: {"name", "group", "project", "pieces", "history": {step: row}}}.
 
     Offline, each finished piece of a run is a folder `offline-run-<time>-<id>`;
     rows of the same step across pieces are merged, as `wandb sync` does.
+    `run.finish()` returns a few milliseconds before W&B's service has written the
+    piece's last records: wait up to `timeout` for every piece to end with its exit record.
     """
+    deadline = time.monotonic() + timeout
+    while True:
+        runs, complete = _read_wandb_once(wandb_dir)
+        if complete or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.05)
+
+
+def _read_wandb_once(wandb_dir: Path) -> Tuple[Dict[str, dict], bool]:
     runs: Dict[str, dict] = {}
+    complete = True
     for run_file in sorted(wandb_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        kind = None
         store = datastore.DataStore()
         store.open_for_scan(str(run_file))
         while (data := store.scan_data()) is not None:
@@ -43,4 +57,5 @@ def read_wandb(wandb_dir: Path) -> Dict[str, dict]:
                 row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
                        for item in record.history.item}
                 run["history"][row["_step"]].update(row)
-    return runs
+        complete = complete and kind == "exit"
+    return runs, complete
