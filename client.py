@@ -3,6 +3,7 @@
 from typing import Dict, List, Tuple
 
 import numpy as np
+import torch
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context
 from flwr.common.typing import Scalar
@@ -45,6 +46,7 @@ class FlowerClient(NumPyClient):
 def client_fn(context: Context) -> Client:
     """Build the client of one node: its partition comes from the node config."""
     settings = load_settings(context.run_config)
+    torch.set_num_threads(settings["torch-threads"])
     partition_id, num_partitions = load_partition(context.node_config)
     train_data, val_data = load_data(settings["dataset"], partition_id, num_partitions)
     return FlowerClient(train_data, val_data).to_client()

@@ -30,12 +30,14 @@ DEFAULTS: UserConfig = {
     "fraction-fit": 1.0,
     "fraction-evaluate": 1.0,
     "min-clients": 2,
+    # The seed's flow runs two clients on one machine: each takes half of its cores.
+    "torch-threads": max(1, (os.cpu_count() or 2) // 2),
     "dataset": "uoft-cs/cifar10",
     "logdir": ".runs_history/",
     "wandb-project": "Custom mods example",
 }
 
-POSITIVE_INTEGERS = ("num-server-rounds", "local-epochs", "batch-size", "min-clients")
+POSITIVE_INTEGERS = ("num-server-rounds", "local-epochs", "batch-size", "min-clients", "torch-threads")
 FRACTIONS = ("fraction-fit", "fraction-evaluate")
 
 
@@ -72,7 +74,8 @@ def _check(key: str, value: object) -> None:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, expected) or isinstance(value, bool):
-        raise ConfigError(f"setting {key!r} must be a {expected.__name__}, got {value!r}")
+        kind = {int: "an integer", float: "a number", str: "a string"}[expected]
+        raise ConfigError(f"setting {key!r} must be {kind}, got {value!r}")
     if key in POSITIVE_INTEGERS and value < 1:
         raise ConfigError(f"setting {key!r} must be at least 1, got {value!r}")
     if key in FRACTIONS and not 0.0 <= value <= 1.0:

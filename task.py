@@ -1,8 +1,9 @@
 """The model, the data and the training loop: what a client runs and a server evaluates."""
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from io import BytesIO
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import datasets
 import numpy as np
@@ -57,7 +58,7 @@ def set_weights(net: nn.Module, weights: List[np.ndarray]) -> None:
 
 # flower-client-app re-imports this module before every message (importlib.reload
 # runs it again in the same namespace): keep what earlier messages already decoded.
-_decoded: Dict[tuple, Tuple[ImageData, ImageData]] = globals().get("_decoded", {})
+_decoded: Dict[tuple, tuple] = globals().get("_decoded", {})
 
 
 def load_data(
@@ -70,10 +71,8 @@ def load_data(
     """
     key = (dataset, partition_id, num_partitions)
     if key not in _decoded:
-        federated = FederatedDataset(
-            dataset=dataset, partitioners={"train": IidPartitioner(num_partitions)}
-        )
-        partition = federated.load_partition(partition_id)
+        with _advice_if_hub_unreachable(dataset):
+            partition = _federated(dataset, num_partitions).load_partition(partition_id)
         split = partition.train_test_split(test_size=VALIDATION_FRACTION, seed=SPLIT_SEED)
         _decoded[key] = (decode(split["train"]), decode(split["test"]))
     return _decoded[key]
@@ -83,9 +82,26 @@ def load_test_data(dataset: str) -> ImageData:
     """Return the whole test split, for the server's centralized evaluation."""
     key = (dataset, "test")
     if key not in _decoded:
-        federated = FederatedDataset(dataset=dataset, partitioners={"train": 1})
-        _decoded[key] = decode(federated.load_split("test"))
+        with _advice_if_hub_unreachable(dataset):
+            test_split = _federated(dataset, 1).load_split("test")
+        _decoded[key] = decode(test_split)
     return _decoded[key]
+
+
+@contextmanager
+def _advice_if_hub_unreachable(dataset: str) -> Iterator[None]:
+    try:
+        yield
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"Could not load dataset {dataset!r}: {error}. Without access to the Hugging "
+            "Face hub, point the app at a local copy in the hub's parquet layout, e.g. "
+            "RUN_CONFIG='dataset=\"/path/to/cifar10\"' (see the README)."
+        ) from None
+
+
+def _federated(dataset: str, num_partitions: int) -> FederatedDataset:
+    return FederatedDataset(dataset=dataset, partitioners={"train": IidPartitioner(num_partitions)})
 
 
 def decode(split: datasets.Dataset) -> ImageData:

@@ -1,12 +1,16 @@
 """The model, the data pipeline and the training loop."""
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
 from PIL import Image
 
 import task
+from conftest import PROJECT_DIR
 from task import Net, get_weights, load_data, set_weights, train
 
 
@@ -75,3 +79,12 @@ def test_data_is_decoded_once_per_process_even_across_module_reloads(dataset_dir
     first = load_data(str(dataset_dir), 1, 2)
     importlib.reload(task)
     assert task.load_data(str(dataset_dir), 1, 2)[0][0] is first[0][0]
+
+
+def test_an_unreachable_hub_stops_with_advice_to_use_a_local_copy():
+    code = "import task; task.load_data('uoft-cs/cifar10', 0, 2)"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no hub, without waiting for time-outs
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "uoft-cs/cifar10" in result.stderr and "point the app at a local copy" in result.stderr
