@@ -175,7 +175,7 @@ def federation(dataset: str, rounds: int, threads: int, clients=("wandb_app", "t
         os.chdir(folder)
         try:
             run_config = f'num-server-rounds={rounds},torch-threads={threads},dataset="{dataset}"'
-            code = launch.run(list(clients), run_config, Path(folder) / "logs", quiet=True)
+            code = launch.run(list(clients), run_config, Path(folder) / "logs")
             server_log = (Path(folder) / "logs" / "server.log").read_text()
         finally:
             os.chdir(cwd)

@@ -35,14 +35,21 @@ DEFAULTS: UserConfig = {
     "dataset": "uoft-cs/cifar10",
     "logdir": ".runs_history/",
     "wandb-project": "Custom mods example",
+    # Where the server logs its global view of each round: tensorboard, wandb, both or "".
+    "server-logging": "tensorboard,wandb",
 }
+SERVER_BACKENDS = ("tensorboard", "wandb")
 
 POSITIVE_INTEGERS = ("num-server-rounds", "local-epochs", "batch-size", "min-clients", "torch-threads")
 FRACTIONS = ("fraction-fit", "fraction-evaluate")
 
 
-class ConfigError(ValueError):
-    """A setting has a value the app cannot run with."""
+class ConfigError(SystemExit):
+    """A setting has a value the app cannot run with: the process stops with this message.
+
+    A SystemExit, so that it gets past the `except Exception` with which Flower turns
+    a ClientApp's errors into error replies: one clear line, not a reply per round.
+    """
 
 
 def load_settings(run_config: Optional[Mapping] = None) -> UserConfig:
@@ -82,6 +89,8 @@ def _check(key: str, value: object) -> None:
         raise ConfigError(f"setting {key!r} must be in [0, 1], got {value!r}")
     if key == "learning-rate" and value <= 0:
         raise ConfigError(f"setting {key!r} must be positive, got {value!r}")
+    if key == "server-logging" and not set(value.split(",")) <= {"", *SERVER_BACKENDS}:
+        raise ConfigError(f"setting {key!r} must name some of {SERVER_BACKENDS}, got {value!r}")
     if key == "momentum" and not 0.0 <= value < 1.0:
         raise ConfigError(f"setting {key!r} must be in [0, 1), got {value!r}")
 

@@ -110,8 +110,8 @@ def run(
     try:
         for name, command in commands.items():
             log_path = log_dir / f"{name}.log"
-            say(f"starting {name}: {' '.join(command)}\n    log: {log_path}")
             processes[name] = start(command, log_path, env)
+            say(f"started {name} (pid {processes[name].pid}): {' '.join(command)}\n    log: {log_path}")
             if name == "superlink":
                 wait_for_port(int(command[-1].rsplit(":", 1)[1]), processes[name])
         server_code = _follow_server(processes, log_dir / "server.log", say)
@@ -119,12 +119,10 @@ def run(
         say("interrupted: stopping the federation")
         server_code = 130
     finally:
-        stop(list(processes.values())[::-1])
-    failed = [name for name, process in processes.items()
-              if name.startswith("client") and process.returncode not in (0, -signal.SIGTERM)]
-    if failed:
-        say(f"these clients failed: {failed}; see their logs in {log_dir}")
-    return server_code or (1 if failed else 0)
+        # The SuperLink last: the clients say goodbye to it when they stop.
+        stop([process for name, process in processes.items() if name != "superlink"])
+        stop([processes["superlink"]] if "superlink" in processes else [])
+    return server_code
 
 
 def _follow_server(processes: Dict[str, subprocess.Popen], server_log: Path, say) -> int:
@@ -141,7 +139,7 @@ def _follow_server(processes: Dict[str, subprocess.Popen], server_log: Path, say
             return server.returncode
         dead = [name for name, p in processes.items() if p.poll() is not None and name != "server"]
         if dead:
-            say(f"{dead} stopped before the run ended")
+            say(f"{dead} stopped before the run ended; see their logs in {server_log.parent}")
             return 1
         time.sleep(0.5)
 

@@ -24,7 +24,7 @@ import os
 import time
 from functools import partial
 from logging import INFO, WARNING
-from typing import Callable, Dict, Hashable, Optional, Protocol
+from typing import Callable, Dict, Hashable, Optional, Protocol, Tuple, Union
 from urllib.parse import urlparse
 
 import wandb
@@ -35,7 +35,7 @@ from flwr.common.logger import log
 from torch.utils.tensorboard import SummaryWriter
 
 # W&B's defaults add system statistics, machine metadata and a requirements capture
-# to every run; as each round finishes and resumes the run (see _WandbLog), they cost
+# to every run; as each round finishes and resumes the run (see WandbLog), they cost
 # about 0.2 s a round. Switch them back on here if you want them.
 WANDB_SETTINGS = dict(
     x_disable_stats=True,
@@ -48,7 +48,7 @@ WANDB_SETTINGS = dict(
 )
 
 
-class _NodeLog(Protocol):
+class NodeLog(Protocol):
     """What one node's log, in one backend, for one Flower run, can do."""
 
     def log(self, values: Dict[str, float], server_round: int, end_of_round: bool) -> None:
@@ -72,6 +72,12 @@ def get_wandb_mod(name: str) -> Mod:
     `$WANDB_DIR/wandb/` (default `./wandb/`), to upload later with `wandb sync`.
     WANDB_MODE, when set, decides.
     """
+    directory, mode = wandb_location()
+    return partial(_wandb_mod, project=name, directory=directory, mode=mode)
+
+
+def wandb_location() -> Tuple[str, str]:
+    """Return W&B's (absolute folder, mode), and say once where offline runs go."""
     mode = os.environ.get("WANDB_MODE") or ("online" if _has_wandb_credentials() else "offline")
     directory = os.path.abspath(os.environ.get("WANDB_DIR", "."))
     if mode == "offline":
@@ -81,13 +87,13 @@ def get_wandb_mod(name: str) -> Mod:
             f"W&B runs are logged offline under {os.path.join(directory, 'wandb')}; "
             "upload them with `wandb sync`.",
         )
-    return partial(_wandb_mod, project=name, directory=directory, mode=mode)
+    return directory, mode
 
 
 def _tensorboard_mod(
     msg: Message, context: Context, call_next: ClientAppCallable, logdir: str
 ) -> Message:
-    return _monitor(msg, context, call_next, ("tensorboard", logdir), partial(_TensorBoardLog, logdir))
+    return _monitor(msg, context, call_next, ("tensorboard", logdir), partial(TensorBoardLog, logdir))
 
 
 def _wandb_mod(
@@ -99,13 +105,13 @@ def _wandb_mod(
     mode: str,
 ) -> Message:
     backend = ("wandb", project, directory, mode)
-    return _monitor(msg, context, call_next, backend, partial(_WandbLog, project, directory, mode))
+    return _monitor(msg, context, call_next, backend, partial(WandbLog, project, directory, mode))
 
 
 # The per-process registry. flower-client-app re-imports this module before every
 # message (importlib.reload runs it again in the same namespace): keep what is open.
 if "_open_logs" not in globals():
-    _open_logs: Dict[tuple, Optional[_NodeLog]] = {}  # None: switched off after a failure
+    _open_logs: Dict[tuple, Optional[NodeLog]] = {}  # None: switched off after a failure
     _warned: set = set()
 
     @atexit.register
@@ -120,7 +126,7 @@ def _monitor(
     context: Context,
     call_next: ClientAppCallable,
     backend: tuple,
-    open_log: Callable[[int, int], _NodeLog],
+    open_log: Callable[[int, int], NodeLog],
 ) -> Message:
     """Run the ClientApp on `msg` and log what its reply says, if it says anything."""
     message_type = msg.metadata.message_type
@@ -192,11 +198,14 @@ def _size_in_bytes(content: RecordSet) -> int:
     return sum(record.count_bytes() for record in records)
 
 
-class _TensorBoardLog:
-    """One SummaryWriter, `<logdir>/<run_id>/<node_id>/`, flushed after every message."""
+class TensorBoardLog:
+    """One SummaryWriter, `<logdir>/<run_id>/<name>/`, flushed after every message.
 
-    def __init__(self, logdir: str, run_id: int, node_id: int) -> None:
-        self.writer = SummaryWriter(os.path.join(logdir, str(run_id), str(node_id)))
+    `name` is a node id, or "server" for the ServerApp's global view.
+    """
+
+    def __init__(self, logdir: str, run_id: int, name: Union[int, str]) -> None:
+        self.writer = SummaryWriter(os.path.join(logdir, str(run_id), str(name)))
 
     def log(self, values: Dict[str, float], server_round: int, end_of_round: bool) -> None:
         for name, value in values.items():
@@ -207,7 +216,7 @@ class _TensorBoardLog:
         self.writer.close()
 
 
-class _WandbLog:
+class WandbLog:
     """One W&B run per node, finished at the end of each of its rounds, resumed at the next.
 
     W&B offline writes a run's records to disk only when the run finishes, and
@@ -216,12 +225,15 @@ class _WandbLog:
     server round, so the resumed pieces read back as one increasing history.
     """
 
-    def __init__(self, project: str, directory: str, mode: str, run_id: int, node_id: int) -> None:
+    def __init__(
+        self, project: str, directory: str, mode: str, run_id: int, name: Union[int, str]
+    ) -> None:
+        """`name`: a node id, or "Server" for the ServerApp's global view."""
         self.init_args = dict(
             project=project,
             group=f"Run ID: {run_id}",
-            name=f"Node ID: {node_id}",
-            id=f"{run_id}_{node_id}",
+            name=f"Node ID: {name}" if isinstance(name, int) else name,
+            id=f"{run_id}_{name}",
             # Offline, every piece is written on its own and `wandb sync` joins them.
             resume=None if mode == "offline" else "allow",
             dir=directory,

@@ -15,6 +15,8 @@ from flwr_datasets.partitioner import IidPartitioner
 from PIL import Image
 from torch import nn
 
+from config import ConfigError
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 42
@@ -73,6 +75,7 @@ def load_data(
     if key not in _decoded:
         with _advice_if_hub_unreachable(dataset):
             partition = _federated(dataset, num_partitions).load_partition(partition_id)
+        _check_columns(dataset, partition)
         split = partition.train_test_split(test_size=VALIDATION_FRACTION, seed=SPLIT_SEED)
         _decoded[key] = (decode(split["train"]), decode(split["test"]))
     return _decoded[key]
@@ -84,6 +87,7 @@ def load_test_data(dataset: str) -> ImageData:
     if key not in _decoded:
         with _advice_if_hub_unreachable(dataset):
             test_split = _federated(dataset, 1).load_split("test")
+        _check_columns(dataset, test_split)
         _decoded[key] = decode(test_split)
     return _decoded[key]
 
@@ -98,6 +102,14 @@ def _advice_if_hub_unreachable(dataset: str) -> Iterator[None]:
             "Face hub, point the app at a local copy in the hub's parquet layout, e.g. "
             "RUN_CONFIG='dataset=\"/path/to/cifar10\"' (see the README)."
         ) from None
+
+
+def _check_columns(dataset: str, split: datasets.Dataset) -> None:
+    if not {"img", "label"} <= set(split.column_names):
+        raise ConfigError(
+            f"setting 'dataset': {dataset!r} has columns {split.column_names}; "
+            "the app needs 'img' (encoded images) and 'label'"
+        )
 
 
 def _federated(dataset: str, num_partitions: int) -> FederatedDataset:

@@ -34,6 +34,15 @@ def workdir(tmp_path, dataset_dir, monkeypatch):
     return tmp_path
 
 
+def client_event_files(logdir):
+    """The clients' event files: the server logs beside them, under `server/`."""
+    return sorted(path for path in logdir.glob("*/*/events.out.tfevents.*") if path.parent.name != "server")
+
+
+def client_wandb_runs(folder):
+    return {run_id: run for run_id, run in read_wandb(folder).items() if run["name"] != "Server"}
+
+
 def assert_every_round_logged(scalars, tags):
     for tag in tags:
         assert sorted(scalars[tag]) == list(range(1, ROUNDS + 1)), tag
@@ -59,11 +68,11 @@ def test_the_seed_commands_run_as_written_and_each_client_logs_every_round(workd
     assert server_log.count("aggregate_fit: received 2 results and 0 failures") == ROUNDS
     assert server_log.count("aggregate_evaluate: received 2 results and 0 failures") == ROUNDS
 
-    [event_file] = (workdir / "tb").glob("*/*/events.out.tfevents.*")
+    [event_file] = client_event_files(workdir / "tb")
     run_id, tb_node_id = event_file.parent.parent.name, event_file.parent.name
     assert_every_round_logged(read_tensorboard(event_file), TRAIN_TAGS + EVAL_TAGS)
 
-    [(wandb_id, wandb_run)] = read_wandb(workdir).items()
+    [(wandb_id, wandb_run)] = client_wandb_runs(workdir).items()
     wandb_run_id, wandb_node_id = wandb_id.rsplit("_", 1)
     assert wandb_run_id == run_id and wandb_node_id != tb_node_id
     assert (wandb_run["group"], wandb_run["name"]) == (f"Run ID: {run_id}", f"Node ID: {wandb_node_id}")
@@ -78,10 +87,9 @@ def test_the_launcher_runs_a_federation_on_partitions_and_stops_every_process(wo
     assert code == 0
     client_logs = [(workdir / "logs" / f"client-{i}.log").read_text() for i in range(2)]
     assert all("Disconnect and shut down" in log for log in client_logs)
-    [event_file] = (workdir / ".runs_history").glob("*/*/events.out.tfevents.*")
-    scalars = read_tensorboard(event_file)
-    assert_every_round_logged(scalars, TRAIN_TAGS + EVAL_TAGS)
-    assert len(read_wandb(workdir)) == 1
+    [event_file] = client_event_files(workdir / ".runs_history")
+    assert_every_round_logged(read_tensorboard(event_file), TRAIN_TAGS + EVAL_TAGS)
+    assert len(client_wandb_runs(workdir)) == 1
 
 
 @pytest.mark.parametrize("client_app", ["tb_app", "wandb_app"])
@@ -94,14 +102,28 @@ def test_the_simulation_engine_logs_every_round_of_each_node_where_it_was_starte
     assert f"Run finished {ROUNDS} round(s)" in result.stderr + result.stdout, result.stderr[-3000:]
 
     if client_app == "tb_app":
-        event_files = sorted(workdir.glob(".runs_history/*/*/events.out.tfevents.*"))
+        event_files = client_event_files(workdir / ".runs_history")
         assert len({path.parent for path in event_files}) == 2  # two nodes
         assert len(event_files) == 2  # one event file each
         for event_file in event_files:
             assert_every_round_logged(read_tensorboard(event_file), TRAIN_TAGS + EVAL_TAGS)
     else:
-        runs = read_wandb(workdir)
+        runs = client_wandb_runs(workdir)
         assert len(runs) == 2
         for run in runs.values():
             assert sorted(run["history"]) == list(range(1, ROUNDS + 1))
             assert all(set(TRAIN_TAGS + EVAL_TAGS) <= set(row) for row in run["history"].values())
+
+
+def test_a_client_with_a_bad_node_config_stops_with_one_clear_error_before_training(workdir):
+    commands = launch.federation_commands(["tb_app"], launch.free_port(), launch.free_port())
+    commands["client-0"][-1] = "partition-id=2,num-partitions=2"
+    env = {**os.environ, "RUN_CONFIG": os.environ["RUN_CONFIG"] + ",min-clients=1"}
+    processes = {name: launch.start(command, workdir / f"{name}.log", env) for name, command in commands.items()}
+    try:
+        assert processes["client-0"].wait(timeout=120) == 1
+    finally:
+        launch.stop(list(processes.values()))
+    client_log = (workdir / "client-0.log").read_text()
+    assert "node config 'partition-id' must be in [0, 1] for num-partitions=2, got 2" in client_log
+    assert "Traceback" not in client_log and not client_event_files(workdir / ".runs_history")

@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import datasets
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 import task
+from config import ConfigError
 from conftest import PROJECT_DIR
 from task import Net, get_weights, load_data, set_weights, train
 
@@ -88,3 +91,12 @@ def test_an_unreachable_hub_stops_with_advice_to_use_a_local_copy():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "uoft-cs/cifar10" in result.stderr and "point the app at a local copy" in result.stderr
+
+
+def test_a_dataset_without_img_and_label_columns_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "plain_text" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    datasets.Dataset.from_dict({"image": [b"x"] * 4, "y": [0, 1, 0, 1]}).to_parquet(str(path))
+    with pytest.raises(ConfigError) as error:
+        load_data(str(tmp_path), 0, 1)
+    assert "has columns ['image', 'y']" in str(error.value) and str(tmp_path) in str(error.value)
