@@ -3,14 +3,14 @@
 # message, and a .venv inside it would be re-imported too (and crash the client).
 VENV ?= $(HOME)/.venvs/flower-custom-mods
 PYTHON := $(VENV)/bin/python
-# A local copy of CIFAR-10 in the hub's parquet layout, when there is one; else the hub.
-DATASET ?= $(if $(wildcard ../shared/data/cifar10),../shared/data/cifar10,uoft-cs/cifar10)
 ROUNDS ?= 3
+# Empty: the app's default (see config.py). Else a hub id or a local folder.
+DATASET ?=
 
 .PHONY: run test test-fast setup
 
 run: $(VENV)/.installed  ## set up, then run a local federation (SuperLink, 2 clients, server)
-	PATH="$(VENV)/bin:$$PATH" $(PYTHON) launch.py --rounds $(ROUNDS) --dataset "$(DATASET)"
+	PATH="$(VENV)/bin:$$PATH" $(PYTHON) launch.py --rounds $(ROUNDS) $(if $(DATASET),--dataset "$(DATASET)")
 
 test: $(VENV)/.installed  ## set up, then run every test, the slow end-to-end ones included
 	PATH="$(VENV)/bin:$$PATH" $(PYTHON) -m pytest -m "slow or not slow" tests/

@@ -21,6 +21,11 @@ ENV_VAR = "RUN_CONFIG"
 # runs the ClientApp in a copy of the project elsewhere; its actors inherit this.
 LAUNCH_DIR = os.environ.setdefault("FLWR_APP_LAUNCH_DIR", os.getcwd())
 
+# CIFAR-10 from a local copy in the hub's parquet layout where there is one (as on the
+# machines this project is built on, which have no route to the hub), else from the hub.
+LOCAL_CIFAR10 = "../shared/data/cifar10"
+DEFAULT_DATASET = LOCAL_CIFAR10 if Path(LAUNCH_DIR, LOCAL_CIFAR10).is_dir() else "uoft-cs/cifar10"
+
 DEFAULTS: UserConfig = {
     "num-server-rounds": 3,
     "local-epochs": 1,
@@ -32,7 +37,7 @@ DEFAULTS: UserConfig = {
     "min-clients": 2,
     # The seed's flow runs two clients on one machine: each takes half of its cores.
     "torch-threads": max(1, (os.cpu_count() or 2) // 2),
-    "dataset": "uoft-cs/cifar10",
+    "dataset": DEFAULT_DATASET,
     "logdir": ".runs_history/",
     "wandb-project": "Custom mods example",
     # Where the server logs its global view of each round: tensorboard, wandb, both or "".

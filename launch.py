@@ -15,9 +15,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
+
+from flwr.common.config import parse_config_args
+
+from certs import make_certificates
+from config import load_settings
 
 PROJECT_DIR = Path(__file__).resolve().parent
+CLIENT_APPS = ("wandb_app", "tb_app")
+DEFAULT_DRIVER_API = "0.0.0.0:9091"  # flower-superlink's, when not given
 GRACE_SECONDS = 5.0
 ROUND_DONE = re.compile(r"fit progress: \((\d+), ([\d.]+), \{'accuracy': ([\d.]+)\}")
 
@@ -75,13 +82,27 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -
 
 
 def federation_commands(
-    clients: List[str], fleet_port: int, driver_port: int, project_dir: Path = PROJECT_DIR
+    clients: List[str],
+    fleet_port: int,
+    driver_port: int,
+    project_dir: Path = PROJECT_DIR,
+    certificates: Optional[Dict[str, Path]] = None,
 ) -> Dict[str, List[str]]:
-    """The seed's four commands, on the given ports, one client per partition."""
-    common = ["--insecure", "--dir", str(project_dir)]
+    """The seed's four commands, on the given ports, one client per partition.
+
+    With `certificates` (from certs.make_certificates), over TLS instead of --insecure.
+    """
+    if certificates:
+        link_security = ["--ssl-ca-certfile", str(certificates["ca.crt"]),
+                         "--ssl-certfile", str(certificates["server.pem"]),
+                         "--ssl-keyfile", str(certificates["server.key"])]
+        app_security = ["--root-certificates", str(certificates["ca.crt"])]
+    else:
+        link_security = app_security = ["--insecure"]
+    common = [*app_security, "--dir", str(project_dir)]
     commands = {
         "superlink": [
-            "flower-superlink", "--insecure",
+            "flower-superlink", *link_security,
             "--fleet-api-address", f"127.0.0.1:{fleet_port}",
             "--driver-api-address", f"127.0.0.1:{driver_port}",
         ],
@@ -98,22 +119,43 @@ def federation_commands(
     return commands
 
 
+def start_all(
+    commands: Dict[str, List[str]],
+    log_dir: Path,
+    env: Dict[str, str],
+    processes: Dict[str, subprocess.Popen],
+    say: Callable[[str], None] = lambda message: None,
+) -> None:
+    """Start the commands in order into `processes`, each logging to `<log_dir>/<name>.log`.
+
+    The SuperLink first, and the others once it listens: flower-server-app gives up at
+    once if the SuperLink is not there yet.
+    """
+    for name, command in commands.items():
+        log_path = log_dir / f"{name}.log"
+        processes[name] = start(command, log_path, env)
+        say(f"started {name} (pid {processes[name].pid}): {' '.join(command)}\n    log: {log_path}")
+        if name == "superlink":
+            flag = "--driver-api-address"
+            address = command[command.index(flag) + 1] if flag in command else DEFAULT_DRIVER_API
+            wait_for_port(int(address.rsplit(":", 1)[1]), processes[name])
+
+
 def run(
-    clients: List[str], run_config: str, log_dir: Path, quiet: bool = False
+    clients: List[str], run_config: str, log_dir: Path, quiet: bool = False, tls: bool = False
 ) -> int:
-    """Run one federation to its end; return 0 if every process did its part."""
+    """Run one federation to its end; return 0 if every process did its part.
+
+    With `tls`, a fresh CA and SuperLink certificate go to `<log_dir>/certificates/`.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RUN_CONFIG": run_config, "PYTHONUNBUFFERED": "1"}
-    commands = federation_commands(clients, free_port(), free_port())
+    certificates = make_certificates(log_dir / "certificates", ["127.0.0.1", "localhost"]) if tls else None
+    commands = federation_commands(clients, free_port(), free_port(), certificates=certificates)
     say = (lambda *args: None) if quiet else print
     processes: Dict[str, subprocess.Popen] = {}
     try:
-        for name, command in commands.items():
-            log_path = log_dir / f"{name}.log"
-            processes[name] = start(command, log_path, env)
-            say(f"started {name} (pid {processes[name].pid}): {' '.join(command)}\n    log: {log_path}")
-            if name == "superlink":
-                wait_for_port(int(command[-1].rsplit(":", 1)[1]), processes[name])
+        start_all(commands, log_dir, env, processes, say)
         server_code = _follow_server(processes, log_dir / "server.log", say)
     except KeyboardInterrupt:
         say("interrupted: stopping the federation")
@@ -144,15 +186,30 @@ def _follow_server(processes: Dict[str, subprocess.Popen], server_log: Path, say
         time.sleep(0.5)
 
 
+def _client_apps(value: str) -> List[str]:
+    apps = value.split(",")
+    unknown = [app for app in apps if app not in CLIENT_APPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown ClientApp(s) {unknown}; choose from {CLIENT_APPS}")
+    return apps
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # stop the federation as Ctrl-C does
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=None, help="server rounds (default: the app's)")
     parser.add_argument(
-        "--clients", default="wandb_app,tb_app",
+        "--clients", default="wandb_app,tb_app", type=_client_apps,
         help="comma-separated ClientApp of each client, one partition each "
         "(default: wandb_app,tb_app)",
     )
     parser.add_argument("--dataset", default=None, help="hub id or local folder (default: the app's)")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect over TLS, with a fresh CA and certificate in <logs>/certificates/")
     parser.add_argument(
         "--logs", type=Path, default=Path("federation-logs"),
         help="folder for each process's output (default: ./federation-logs)",
@@ -163,7 +220,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides.append(f"num-server-rounds={args.rounds}")
     if args.dataset is not None:
         overrides.append(f'dataset="{args.dataset}"')
-    code = run(args.clients.split(","), ",".join(o for o in overrides if o), args.logs.resolve())
+    run_config = ",".join(override for override in overrides if override)
+    load_settings(parse_config_args([run_config]))  # a bad setting stops here, before any process
+    code = run(args.clients, run_config, args.logs.resolve(), tls=args.tls)
     print(f"{'finished' if code == 0 else 'FAILED'}; process logs in {args.logs.resolve()}")
     print("TensorBoard: tensorboard --logdir .runs_history/    W&B (offline): wandb sync wandb/offline-run-*")
     return code

@@ -10,7 +10,7 @@ def test_defaults_apply_when_nothing_overrides_them(monkeypatch):
     monkeypatch.delenv("RUN_CONFIG", raising=False)
     settings = load_settings()
     assert settings["num-server-rounds"] == 3 and settings["logdir"] == ".runs_history/"
-    assert settings["wandb-project"] == "Custom mods example" and settings["dataset"] == "uoft-cs/cifar10"
+    assert settings["wandb-project"] == "Custom mods example"
 
 
 def test_run_config_env_var_overrides_flowers_run_config_which_overrides_defaults(monkeypatch):
@@ -63,3 +63,8 @@ def test_a_bad_node_config_is_an_error_naming_the_setting_and_the_value(node_con
     with pytest.raises(ConfigError) as error:
         load_partition(node_config)
     assert named in str(error.value)
+
+
+def test_the_default_dataset_is_a_local_copy_where_there_is_one_else_the_hub():
+    local = config.Path(config.LAUNCH_DIR, config.LOCAL_CIFAR10)
+    assert config.DEFAULTS["dataset"] == (config.LOCAL_CIFAR10 if local.is_dir() else "uoft-cs/cifar10")

@@ -53,17 +53,15 @@ def test_the_seed_commands_run_as_written_and_each_client_logs_every_round(workd
     monkeypatch.setenv("RUN_CONFIG", os.environ["RUN_CONFIG"] + f',logdir="{workdir / "tb"}"')
     monkeypatch.setenv("WANDB_DIR", str(workdir))
     monkeypatch.chdir(PROJECT_DIR)
-    processes = []
+    commands = dict(zip(["superlink", "client-0", "client-1", "server"], map(str.split, SEED_COMMANDS)))
+    processes = {}
     try:
-        for index, command in enumerate(SEED_COMMANDS):
-            processes.append(launch.start(command.split(), workdir / f"{index}.log", dict(os.environ)))
-            if index == 0:
-                launch.wait_for_port(9091, processes[0])
-        assert processes[-1].wait(timeout=600) == 0
+        launch.start_all(commands, workdir, dict(os.environ), processes)
+        assert processes["server"].wait(timeout=600) == 0
     finally:
-        launch.stop(processes)
+        launch.stop(list(processes.values()))
 
-    server_log = (workdir / "3.log").read_text()
+    server_log = (workdir / "server.log").read_text()
     assert f"Run finished {ROUNDS} round(s)" in server_log
     assert server_log.count("aggregate_fit: received 2 results and 0 failures") == ROUNDS
     assert server_log.count("aggregate_evaluate: received 2 results and 0 failures") == ROUNDS
@@ -119,8 +117,9 @@ def test_a_client_with_a_bad_node_config_stops_with_one_clear_error_before_train
     commands = launch.federation_commands(["tb_app"], launch.free_port(), launch.free_port())
     commands["client-0"][-1] = "partition-id=2,num-partitions=2"
     env = {**os.environ, "RUN_CONFIG": os.environ["RUN_CONFIG"] + ",min-clients=1"}
-    processes = {name: launch.start(command, workdir / f"{name}.log", env) for name, command in commands.items()}
+    processes = {}
     try:
+        launch.start_all(commands, workdir, env, processes)
         assert processes["client-0"].wait(timeout=120) == 1
     finally:
         launch.stop(list(processes.values()))
