@@ -4,7 +4,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
@@ -59,3 +59,13 @@ def _read_wandb_once(wandb_dir: Path) -> Tuple[Dict[str, dict], bool]:
                 run["history"][row["_step"]].update(row)
         complete = complete and kind == "exit"
     return runs, complete
+
+
+def client_event_files(logdir: Path) -> List[Path]:
+    """The clients' event files: the server logs beside them, under `server/`."""
+    return sorted(path for path in logdir.glob("*/*/events.out.tfevents.*") if path.parent.name != "server")
+
+
+def client_wandb_runs(folder: Path) -> Dict[str, dict]:
+    """The clients' W&B runs: the server's is named `Server`."""
+    return {run_id: run for run_id, run in read_wandb(folder).items() if run["name"] != "Server"}

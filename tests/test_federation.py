@@ -9,7 +9,7 @@ import pytest
 
 import launch
 from conftest import PROJECT_DIR
-from logs import read_tensorboard, read_wandb
+from logs import client_event_files, client_wandb_runs, read_tensorboard, read_wandb
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +32,6 @@ def workdir(tmp_path, dataset_dir, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def client_event_files(logdir):
-    """The clients' event files: the server logs beside them, under `server/`."""
-    return sorted(path for path in logdir.glob("*/*/events.out.tfevents.*") if path.parent.name != "server")
-
-
-def client_wandb_runs(folder):
-    return {run_id: run for run_id, run in read_wandb(folder).items() if run["name"] != "Server"}
 
 
 def assert_every_round_logged(scalars, tags):
