@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional
 
 from flwr.common.config import parse_config_args
 
@@ -119,26 +120,33 @@ def federation_commands(
     return commands
 
 
-def start_all(
+@contextmanager
+def federation(
     commands: Dict[str, List[str]],
     log_dir: Path,
     env: Dict[str, str],
-    processes: Dict[str, subprocess.Popen],
     say: Callable[[str], None] = lambda message: None,
-) -> None:
-    """Start the commands in order into `processes`, each logging to `<log_dir>/<name>.log`.
+) -> Iterator[Dict[str, subprocess.Popen]]:
+    """Start the commands in order, each logging to `<log_dir>/<name>.log`; on leaving,
+    stop every one of them, the SuperLink last (the clients say goodbye to it).
 
-    The SuperLink first, and the others once it listens: flower-server-app gives up at
-    once if the SuperLink is not there yet.
+    The SuperLink starts first and the others once it listens: flower-server-app gives
+    up at once if the SuperLink is not there yet.
     """
-    for name, command in commands.items():
-        log_path = log_dir / f"{name}.log"
-        processes[name] = start(command, log_path, env)
-        say(f"started {name} (pid {processes[name].pid}): {' '.join(command)}\n    log: {log_path}")
-        if name == "superlink":
-            flag = "--driver-api-address"
-            address = command[command.index(flag) + 1] if flag in command else DEFAULT_DRIVER_API
-            wait_for_port(int(address.rsplit(":", 1)[1]), processes[name])
+    processes: Dict[str, subprocess.Popen] = {}
+    try:
+        for name, command in commands.items():
+            log_path = log_dir / f"{name}.log"
+            processes[name] = start(command, log_path, env)
+            say(f"started {name} (pid {processes[name].pid}): {' '.join(command)}\n    log: {log_path}")
+            if name == "superlink":
+                flag = "--driver-api-address"
+                address = command[command.index(flag) + 1] if flag in command else DEFAULT_DRIVER_API
+                wait_for_port(int(address.rsplit(":", 1)[1]), processes[name])
+        yield processes
+    finally:
+        stop([process for name, process in processes.items() if name != "superlink"])
+        stop([processes["superlink"]] if "superlink" in processes else [])
 
 
 def run(
@@ -153,18 +161,12 @@ def run(
     certificates = make_certificates(log_dir / "certificates", ["127.0.0.1", "localhost"]) if tls else None
     commands = federation_commands(clients, free_port(), free_port(), certificates=certificates)
     say = (lambda *args: None) if quiet else print
-    processes: Dict[str, subprocess.Popen] = {}
     try:
-        start_all(commands, log_dir, env, processes, say)
-        server_code = _follow_server(processes, log_dir / "server.log", say)
+        with federation(commands, log_dir, env, say) as processes:
+            return _follow_server(processes, log_dir / "server.log", say)
     except KeyboardInterrupt:
-        say("interrupted: stopping the federation")
-        server_code = 130
-    finally:
-        # The SuperLink last: the clients say goodbye to it when they stop.
-        stop([process for name, process in processes.items() if name != "superlink"])
-        stop([processes["superlink"]] if "superlink" in processes else [])
-    return server_code
+        say("interrupted: stopped the federation")
+        return 130
 
 
 def _follow_server(processes: Dict[str, subprocess.Popen], server_log: Path, say) -> int:

@@ -45,12 +45,8 @@ def test_the_seed_commands_run_as_written_and_each_client_logs_every_round(workd
     monkeypatch.setenv("WANDB_DIR", str(workdir))
     monkeypatch.chdir(PROJECT_DIR)
     commands = dict(zip(["superlink", "client-0", "client-1", "server"], map(str.split, SEED_COMMANDS)))
-    processes = {}
-    try:
-        launch.start_all(commands, workdir, dict(os.environ), processes)
+    with launch.federation(commands, workdir, dict(os.environ)) as processes:
         assert processes["server"].wait(timeout=600) == 0
-    finally:
-        launch.stop(list(processes.values()))
 
     server_log = (workdir / "server.log").read_text()
     assert f"Run finished {ROUNDS} round(s)" in server_log
@@ -108,12 +104,8 @@ def test_a_client_with_a_bad_node_config_stops_with_one_clear_error_before_train
     commands = launch.federation_commands(["tb_app"], launch.free_port(), launch.free_port())
     commands["client-0"][-1] = "partition-id=2,num-partitions=2"
     env = {**os.environ, "RUN_CONFIG": os.environ["RUN_CONFIG"] + ",min-clients=1"}
-    processes = {}
-    try:
-        launch.start_all(commands, workdir, env, processes)
+    with launch.federation(commands, workdir, env) as processes:
         assert processes["client-0"].wait(timeout=120) == 1
-    finally:
-        launch.stop(list(processes.values()))
     client_log = (workdir / "client-0.log").read_text()
     assert "node config 'partition-id' must be in [0, 1] for num-partitions=2, got 2" in client_log
     assert "Traceback" not in client_log and not client_event_files(workdir / ".runs_history")

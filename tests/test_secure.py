@@ -47,14 +47,10 @@ def test_a_client_without_the_ca_certificate_cannot_connect_and_says_why(workdir
     certificates = make_certificates(folder / "certificates", ["127.0.0.1", "localhost"])
     commands = launch.federation_commands(["tb_app"], launch.free_port(), launch.free_port(), certificates=certificates)
     client = [arg for arg in commands["client-0"] if arg not in ("--root-certificates", str(certificates["ca.crt"]))]
-    processes = {}
-    try:
-        launch.start_all({"superlink": commands["superlink"], "client": client}, folder, dict(os.environ), processes)
+    with launch.federation({"superlink": commands["superlink"], "client": client}, folder, dict(os.environ)):
         deadline = time.monotonic() + 60  # it keeps retrying: wait for it to say why it fails
         while "CERTIFICATE_VERIFY_FAILED" not in (folder / "client.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
-    finally:
-        launch.stop(list(processes.values()))
     client_log = (folder / "client.log").read_text()
     assert "CERTIFICATE_VERIFY_FAILED" in client_log, client_log[-2000:]
     assert "Received:" not in client_log
@@ -84,12 +80,8 @@ def test_only_listed_supernodes_join_and_the_run_completes_with_them(workdir):
         commands[client] += ["--auth-supernode-private-key", str(keys[key]["private"]),
                              "--auth-supernode-public-key", str(keys[key]["public"]), "--max-retries", "3"]
     env = {**os.environ, "RUN_CONFIG": run_config + ",min-clients=1"}
-    processes = {}
-    try:
-        launch.start_all(commands, folder, env, processes)
+    with launch.federation(commands, folder, env) as processes:
         assert processes["server"].wait(timeout=300) == 0
-    finally:
-        launch.stop(list(processes.values()))
     server_log = (folder / "server.log").read_text()
     assert f"Run finished {ROUNDS} round(s)" in server_log
     assert server_log.count("aggregate_fit: received 1 results and 0 failures") == ROUNDS
@@ -101,9 +93,8 @@ def test_clients_killed_right_after_their_round_2_reply_keep_rounds_1_and_2_on_d
     folder, run_config = workdir
     commands = launch.federation_commands(["wandb_app", "tb_app"], launch.free_port(), launch.free_port())
     env = {**os.environ, "RUN_CONFIG": run_config.replace(f"num-server-rounds={ROUNDS}", "num-server-rounds=5")}
-    processes, killed = {}, set()
-    try:
-        launch.start_all(commands, folder, env, processes)
+    killed = set()
+    with launch.federation(commands, folder, env) as processes:
         deadline = time.monotonic() + 300
         while len(killed) < 2 and time.monotonic() < deadline:
             for client in ("client-0", "client-1"):
@@ -112,8 +103,6 @@ def test_clients_killed_right_after_their_round_2_reply_keep_rounds_1_and_2_on_d
                     processes[client].kill()
                     killed.add(client)
             time.sleep(0.02)
-    finally:
-        launch.stop(list(processes.values()))
     assert killed == {"client-0", "client-1"}
     [event_file] = client_event_files(folder / ".runs_history")
     scalars = read_tensorboard(event_file)
