@@ -288,8 +288,7 @@ def bench_startup(dataset: str) -> None:
                     server = launch.start(commands["server"], logs / "server.log", env)
                     processes.append(server)
                     server.wait(timeout=900)
-                    status = Path(f"/proc/{client_process.pid}/status").read_text()
-                    peak = int(re.search(r"VmHWM:\s+(\d+)", status)[1]) / 1024
+                    peak = _peak_mib(client_process.pid)
                 finally:
                     launch.stop(processes[::-1])
             finally:

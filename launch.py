@@ -223,10 +223,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dataset is not None:
         overrides.append(f'dataset="{args.dataset}"')
     run_config = ",".join(override for override in overrides if override)
-    load_settings(parse_config_args([run_config]))  # a bad setting stops here, before any process
+    settings = load_settings(parse_config_args([run_config]))  # a bad setting stops here, first
     code = run(args.clients, run_config, args.logs.resolve(), tls=args.tls)
     print(f"{'finished' if code == 0 else 'FAILED'}; process logs in {args.logs.resolve()}")
-    print("TensorBoard: tensorboard --logdir .runs_history/    W&B (offline): wandb sync wandb/offline-run-*")
+    print(f"TensorBoard: tensorboard --logdir {settings['logdir']}    W&B (offline): wandb sync wandb/offline-run-*")
     return code
 
 

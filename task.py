@@ -1,9 +1,8 @@
 """The model, the data and the training loop: what a client runs and a server evaluates."""
 
 from collections import OrderedDict
-from contextlib import contextmanager
 from io import BytesIO
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import datasets
 import numpy as np
@@ -73,10 +72,7 @@ def load_data(
     """
     key = (dataset, partition_id, num_partitions)
     if key not in _decoded:
-        with _advice_if_hub_unreachable(dataset):
-            partition = _federated(dataset, num_partitions).load_partition(partition_id)
-        _check_columns(dataset, partition)
-        images, labels = decode(partition)
+        images, labels = decode(_load(dataset, num_partitions, partition_id))
         # The 80/20 split, on the decoded tensors: cheaper than splitting the dataset first.
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
         num_val = int(len(labels) * VALIDATION_FRACTION)
@@ -89,35 +85,27 @@ def load_test_data(dataset: str) -> ImageData:
     """Return the whole test split, for the server's centralized evaluation."""
     key = (dataset, "test")
     if key not in _decoded:
-        with _advice_if_hub_unreachable(dataset):
-            test_split = _federated(dataset, 1).load_split("test")
-        _check_columns(dataset, test_split)
-        _decoded[key] = decode(test_split)
+        _decoded[key] = decode(_load(dataset, 1, "test"))
     return _decoded[key]
 
 
-@contextmanager
-def _advice_if_hub_unreachable(dataset: str) -> Iterator[None]:
+def _load(dataset: str, num_partitions: int, part: Union[int, str]) -> datasets.Dataset:
+    """Partition `part` of the training split (an int) or the split named `part`."""
+    federated = FederatedDataset(dataset=dataset, partitioners={"train": IidPartitioner(num_partitions)})
     try:
-        yield
+        split = federated.load_partition(part) if isinstance(part, int) else federated.load_split(part)
     except ConnectionError as error:
         raise ConnectionError(
             f"Could not load dataset {dataset!r}: {error}. Without access to the Hugging "
             "Face hub, point the app at a local copy in the hub's parquet layout, e.g. "
             "RUN_CONFIG='dataset=\"/path/to/cifar10\"' (see the README)."
         ) from None
-
-
-def _check_columns(dataset: str, split: datasets.Dataset) -> None:
     if not {"img", "label"} <= set(split.column_names):
         raise ConfigError(
             f"setting 'dataset': {dataset!r} has columns {split.column_names}; "
             "the app needs 'img' (encoded images) and 'label'"
         )
-
-
-def _federated(dataset: str, num_partitions: int) -> FederatedDataset:
-    return FederatedDataset(dataset=dataset, partitioners={"train": IidPartitioner(num_partitions)})
+    return split
 
 
 def decode(split: datasets.Dataset) -> ImageData:

@@ -1,6 +1,7 @@
 """Shared fixtures: a small CIFAR-10 look-alike in the hub's parquet layout."""
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from PIL import Image
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
+# The flower-*, tensorboard and launcher commands the tests start: this environment's.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -2,14 +2,12 @@
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import launch
 from conftest import PROJECT_DIR
-from logs import client_event_files, client_wandb_runs, read_tensorboard, read_wandb
+from logs import client_event_files, client_wandb_runs, read_tensorboard
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +25,6 @@ SEED_COMMANDS = [
 @pytest.fixture
 def workdir(tmp_path, dataset_dir, monkeypatch):
     """A fresh folder to start the commands from, with the settings in RUN_CONFIG."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("RUN_CONFIG", f'num-server-rounds={ROUNDS},dataset="{dataset_dir}"')
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.chdir(tmp_path)

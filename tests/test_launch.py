@@ -28,10 +28,9 @@ ROUNDS = 2
 def finished_run(tmp_path_factory, dataset_dir):
     """A federation of two TensorBoard clients, run to its end by the launcher."""
     folder = tmp_path_factory.mktemp("federation")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, str(PROJECT_DIR / "launch.py"), "--rounds", str(ROUNDS),
                "--clients", "tb_app,tb_app", "--dataset", str(dataset_dir)]
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     [run_dir] = (folder / ".runs_history").iterdir()
     return folder, run_dir, result.stdout
@@ -67,8 +66,7 @@ def tensorboard_url(finished_run):
     """`tensorboard --logdir` on the finished run's logs, as a user starts it."""
     folder = finished_run[0]
     port = launch.free_port()
-    tensorboard = shutil.which("tensorboard", path=str(Path(sys.executable).parent)) or "tensorboard"
-    process = subprocess.Popen([tensorboard, "--logdir", str(folder / ".runs_history"),
+    process = subprocess.Popen(["tensorboard", "--logdir", str(folder / ".runs_history"),
                                 "--host", "127.0.0.1", "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -129,19 +127,24 @@ def test_the_scalars_dashboard_renders_in_headless_chromium(chromium, tensorboar
     assert counts.max() < 0.97 * pixels.size, "the page is blank"  # not one colour
 
 
-def test_ctrl_c_stops_the_launcher_and_every_process_it_started(tmp_path, dataset_dir):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def launcher_after_round_1(folder, dataset_dir):
+    """`launch.py` for 50 rounds, started in `folder`; return it and its output once round 1 is done."""
     launcher = subprocess.Popen(
         [sys.executable, str(PROJECT_DIR / "launch.py"), "--rounds", "50", "--dataset", str(dataset_dir)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
+        cwd=folder, stdout=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     output = ""
+    for line in launcher.stdout:
+        output += line
+        if "round 1 done" in line:
+            break
+    return launcher, output
+
+
+def test_ctrl_c_stops_the_launcher_and_every_process_it_started(tmp_path, dataset_dir):
+    launcher, output = launcher_after_round_1(tmp_path, dataset_dir)
     try:
-        for line in launcher.stdout:
-            output += line
-            if "round 1 done" in line:
-                break
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=30) != 0
     finally:
@@ -153,19 +156,9 @@ def test_ctrl_c_stops_the_launcher_and_every_process_it_started(tmp_path, datase
 
 
 def test_a_client_that_dies_mid_run_makes_the_launcher_stop_everything_and_fail(tmp_path, dataset_dir):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    launcher = subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "launch.py"), "--rounds", "50", "--dataset", str(dataset_dir)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
-    )
-    output = ""
+    launcher, output = launcher_after_round_1(tmp_path, dataset_dir)
     try:
-        for line in launcher.stdout:
-            output += line
-            if "round 1 done" in line:
-                client_pid = int(re.search(r"started client-0 \(pid (\d+)\)", output)[1])
-                os.kill(client_pid, signal.SIGKILL)
-                break
+        os.kill(int(re.search(r"started client-0 \(pid (\d+)\)", output)[1]), signal.SIGKILL)
         output += launcher.communicate(timeout=60)[0]
     finally:
         launcher.kill()

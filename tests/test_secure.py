@@ -19,7 +19,6 @@ ROUNDS = 2
 
 @pytest.fixture
 def workdir(tmp_path, dataset_dir, monkeypatch):
-    monkeypatch.setenv("PATH", f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
     return tmp_path, f'num-server-rounds={ROUNDS},dataset="{dataset_dir}"'
