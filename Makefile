@@ -21,9 +21,10 @@ test-fast: $(VENV)/.installed  ## set up, then run the fast tests only
 
 setup: $(VENV)/.installed
 
-audit: $(VENV)/.installed  ## check the installed packages against published advisories (needs network)
+audit: $(VENV)/.installed  ## check the requirements, then all that is installed, against published advisories (needs network)
 	$(PYTHON) -m pip install --quiet pip-audit
-	$(VENV)/bin/pip-audit
+	$(VENV)/bin/pip-audit --requirement requirements.txt --no-deps --disable-pip
+	$(VENV)/bin/pip-audit  # the environment: dependencies of dependencies, and cryptography $(CRYPTOGRAPHY)
 
 $(VENV)/.installed: requirements.txt requirements-test.txt Makefile
 	test -x $(PYTHON) || python3 -m venv $(VENV)

@@ -2,6 +2,7 @@
 
     python certs.py certificates/ 127.0.0.1 localhost    # a CA and a SuperLink certificate
     python certs.py --keys keys/ superlink client-1      # authentication key pairs
+    cat keys/client-*.pub > keys/known-clients.csv       # the SuperNodes the SuperLink admits
 
 For a real deployment, have your organisation's CA sign the SuperLink's certificate.
 """
@@ -65,7 +66,7 @@ def make_key_pair(folder: Path, name: str) -> Dict[str, Path]:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
     private.chmod(0o600)
     public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
     return {"private": private, "public": public}
 
 

@@ -170,20 +170,30 @@ def run(
 
 
 def _follow_server(processes: Dict[str, subprocess.Popen], server_log: Path, say) -> int:
-    """Wait for the ServerApp to finish, printing each round as it completes."""
+    """Wait for the ServerApp to finish, printing each round as it completes.
+
+    A client that stops early is reported and the run goes on with the others (the
+    server drops lost clients after round 1); without the SuperLink or any client it
+    can't, so it ends here. Returns 0 only if every process lasted to the end.
+    """
     server = processes["server"]
-    seen = 0
+    seen, stopped = 0, set()
+    clients = {name for name in processes if name.startswith("client-")}
     while True:
         finished = server.poll() is not None
         for match in ROUND_DONE.finditer(server_log.read_text()):
             if int(match[1]) > seen:
                 seen = int(match[1])
                 say(f"round {seen} done: global test accuracy {float(match[3]):.4f}")
+        for name, process in processes.items():
+            if name != "server" and name not in stopped and process.poll() is not None:
+                stopped.add(name)
+                say(f"{name} stopped with exit code {process.returncode} before the run ended; "
+                    f"its log: {server_log.parent / name}.log")
         if finished:
-            return server.returncode
-        dead = [name for name, p in processes.items() if p.poll() is not None and name != "server"]
-        if dead:
-            say(f"{dead} stopped before the run ended; see their logs in {server_log.parent}")
+            return server.returncode or int(bool(stopped))
+        if "superlink" in stopped or clients <= stopped:
+            say("the run can't go on without the SuperLink or any client: stopping it")
             return 1
         time.sleep(0.5)
 

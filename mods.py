@@ -21,6 +21,7 @@ import atexit
 import math
 import netrc
 import os
+import socket
 import time
 from functools import partial
 from logging import INFO, WARNING
@@ -70,7 +71,8 @@ def get_wandb_mod(name: str) -> Mod:
 
     Runs go online when W&B credentials are configured, else offline to
     `$WANDB_DIR/wandb/` (default `./wandb/`), to upload later with `wandb sync`.
-    WANDB_MODE, when set, decides.
+    WANDB_MODE, when set, decides. A node that can't go online (no API key, W&B's
+    host unreachable) logs offline instead, with one warning.
     """
     directory, mode = wandb_location()
     return partial(_wandb_mod, project=name, directory=directory, mode=mode)
@@ -156,7 +158,7 @@ def _monitor(
             ("failed", key),
             WARNING,
             f"{backend[0]} logging failed for node {node_id} and is off for it from now "
-            f"on; training goes on. Cause: {error!r}",
+            f"on; training goes on. Cause: {type(error).__name__}: {error}",
         )
     return reply
 
@@ -205,7 +207,9 @@ class TensorBoardLog:
     """
 
     def __init__(self, logdir: str, run_id: int, name: Union[int, str]) -> None:
-        self.writer = SummaryWriter(os.path.join(logdir, str(run_id), str(name)))
+        folder = os.path.join(logdir, str(run_id), str(name))
+        os.makedirs(folder, exist_ok=True)  # its error names the folder; SummaryWriter's doesn't
+        self.writer = SummaryWriter(folder)
 
     def log(self, values: Dict[str, float], server_round: int, end_of_round: bool) -> None:
         for name, value in values.items():
@@ -245,7 +249,7 @@ class WandbLog:
 
     def log(self, values: Dict[str, float], server_round: int, end_of_round: bool) -> None:
         if self.run is None:
-            self.run = wandb.init(**self.init_args)
+            self.run = self._start()
         self.run.log(values, step=server_round)
         if end_of_round:
             self.close()
@@ -254,6 +258,19 @@ class WandbLog:
         if self.run is not None:
             run, self.run = self.run, None
             run.finish()
+
+    def _start(self) -> "wandb.sdk.wandb_run.Run":
+        """Start or resume the run; offline from now on if it can't go online."""
+        if self.init_args["mode"] == "online":
+            try:
+                _check_wandb_reachable()
+                return wandb.init(**self.init_args)
+            except Exception as error:  # pylint: disable=broad-except
+                log(WARNING, "W&B run %s can't go online, so it is logged offline under %s "
+                    "from now on (upload it later with `wandb sync`). Cause: %s",
+                    self.init_args["id"], os.path.join(self.init_args["dir"], "wandb"), error)
+                self.init_args.update(mode="offline", resume=None)
+        return wandb.init(**self.init_args)
 
 
 def _close_other_runs(run_id: int) -> None:
@@ -269,6 +286,22 @@ def _log_once(key: Hashable, level: int, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         log(level, message)
+
+
+def _check_wandb_reachable(timeout: float = 5.0) -> None:
+    """Raise unless there is an API key and W&B's host takes a connection.
+
+    Without a key, wandb.init would ask for one at a terminal; with a key but no
+    network, it retries for minutes. Either would hold up training.
+    """
+    if not _has_wandb_credentials():
+        raise PermissionError("no W&B API key (set WANDB_API_KEY or run `wandb login`)")
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"can't reach {url.hostname}:{port}: {error}") from None
 
 
 def _has_wandb_credentials() -> bool:

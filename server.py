@@ -9,10 +9,10 @@ from logging import INFO, WARNING
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from flwr.common import Context, EvaluateRes, FitRes, Metrics, Parameters, Scalar
+from flwr.common import Context, EvaluateRes, FitIns, FitRes, Metrics, Parameters, Scalar
 from flwr.common import ndarrays_to_parameters
 from flwr.common.logger import log
-from flwr.server import Driver, ServerApp, ServerConfig
+from flwr.server import ClientManager, Driver, ServerApp, ServerConfig
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat import start_driver
 from flwr.server.strategy import FedAvg
@@ -35,11 +35,23 @@ def weighted_average(metrics: List[Tuple[int, Metrics]]) -> Metrics:
 
 
 class TrackedFedAvg(FedAvg):
-    """FedAvg that logs each round's global view to the given logs."""
+    """FedAvg that logs each round's global view to the given logs, and goes on
+    without the clients it loses after the first round."""
 
     def __init__(self, logs: List[NodeLog], **kwargs) -> None:
         super().__init__(**kwargs)
         self.logs = logs
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> List[Tuple[ClientProxy, FitIns]]:
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        # The minimums held the first round back until enough clients had joined. From
+        # here on, rounds go ahead with the clients connected: a client lost mid-run
+        # fails its round instead of stalling the run, and one that comes back is
+        # sampled again from the next round.
+        self.min_fit_clients = self.min_evaluate_clients = self.min_available_clients = 1
+        return instructions
 
     def aggregate_fit(
         self, server_round: int, results: List[Tuple[ClientProxy, FitRes]], failures: Failures
@@ -83,21 +95,35 @@ class TrackedFedAvg(FedAvg):
                 server_log.log(named, server_round, end_of_round)
             except Exception as error:  # pylint: disable=broad-except
                 self.logs.remove(server_log)
-                log(WARNING, "Server logging to %s failed and is off from now on; "
-                    "training goes on. Cause: %r", type(server_log).__name__, error)
+                warn_logging_off(type(server_log).__name__, error)
+
+
+def warn_logging_off(backend: str, error: Exception) -> None:
+    log(WARNING, "Server logging to %s failed and is off from now on; training goes on. "
+        "Cause: %s: %s", backend, type(error).__name__, error)
 
 
 def open_server_logs(settings: Dict[str, Scalar], run_id: int) -> List[NodeLog]:
-    """The server's logs, in the backends the `server-logging` setting names."""
-    backends = [name for name in str(settings["server-logging"]).split(",") if name]
-    logs: List[NodeLog] = []
-    if "tensorboard" in backends:
-        logs.append(TensorBoardLog(str(settings["logdir"]), run_id, "server"))
-        log(INFO, "The server logs to TensorBoard in %s", logs[-1].writer.log_dir)
-    if "wandb" in backends:
+    """The server's logs, in the backends the `server-logging` setting names.
+
+    A backend that fails to open is left out with a warning: training goes on.
+    """
+    def tensorboard() -> NodeLog:
+        server_log = TensorBoardLog(str(settings["logdir"]), run_id, "server")
+        log(INFO, "The server logs to TensorBoard in %s", server_log.writer.log_dir)
+        return server_log
+
+    def wandb() -> NodeLog:
         directory, mode = wandb_location()
-        logs.append(WandbLog(str(settings["wandb-project"]), directory, mode, run_id, "Server"))
         log(INFO, "The server logs to W&B project %r, run %s_Server", settings["wandb-project"], run_id)
+        return WandbLog(str(settings["wandb-project"]), directory, mode, run_id, "Server")
+
+    logs: List[NodeLog] = []
+    for backend in filter(None, str(settings["server-logging"]).split(",")):
+        try:
+            logs.append({"tensorboard": tensorboard, "wandb": wandb}[backend]())
+        except Exception as error:  # pylint: disable=broad-except
+            warn_logging_off(backend, error)
     return logs
 
 

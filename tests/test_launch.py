@@ -127,10 +127,10 @@ def test_the_scalars_dashboard_renders_in_headless_chromium(chromium, tensorboar
     assert counts.max() < 0.97 * pixels.size, "the page is blank"  # not one colour
 
 
-def launcher_after_round_1(folder, dataset_dir):
-    """`launch.py` for 50 rounds, started in `folder`; return it and its output once round 1 is done."""
+def launcher_after_round_1(folder, dataset_dir, rounds=50):
+    """`launch.py` started in `folder`; return it and its output once round 1 is done."""
     launcher = subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "launch.py"), "--rounds", "50", "--dataset", str(dataset_dir)],
+        [sys.executable, str(PROJECT_DIR / "launch.py"), "--rounds", str(rounds), "--dataset", str(dataset_dir)],
         cwd=folder, stdout=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -155,12 +155,13 @@ def test_ctrl_c_stops_the_launcher_and_every_process_it_started(tmp_path, datase
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def test_a_client_that_dies_mid_run_makes_the_launcher_stop_everything_and_fail(tmp_path, dataset_dir):
-    launcher, output = launcher_after_round_1(tmp_path, dataset_dir)
+def test_a_client_that_dies_mid_run_is_reported_and_the_launcher_fails_after_the_run_ends(tmp_path, dataset_dir):
+    launcher, output = launcher_after_round_1(tmp_path, dataset_dir, rounds=3)
     try:
         os.kill(int(re.search(r"started client-0 \(pid (\d+)\)", output)[1]), signal.SIGKILL)
-        output += launcher.communicate(timeout=60)[0]
+        output += launcher.communicate(timeout=300)[0]
     finally:
         launcher.kill()
-    assert launcher.returncode != 0
-    assert "stopped before the run ended" in output and "FAILED" in output
+    assert "client-0 stopped with exit code -9 before the run ended" in output
+    assert "round 3 done" in output  # the run went on with client-1
+    assert launcher.returncode != 0 and "FAILED" in output

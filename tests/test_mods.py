@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 
 from ray import cloudpickle  # what flower-simulation pickles the ClientApp with
@@ -21,6 +22,7 @@ from flwr.common.recordset_compat import (
     getparametersins_to_recordset,
 )
 
+import launch
 import mods
 from logs import read_tensorboard, read_wandb
 
@@ -229,17 +231,37 @@ def test_an_unwritable_logdir_leaves_the_reply_unchanged_with_one_warning(tmp_pa
     assert len(warnings) == 1 and "tensorboard logging failed" in warnings[0].getMessage()
 
 
-def test_a_failing_wandb_leaves_the_reply_unchanged_with_one_warning(tmp_path, monkeypatch, warnings):
-    # Asked to go online without an API key, wandb.init raises.
+@pytest.fixture
+def wandb_online_without_a_key(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+def assert_falls_back_to_offline_with_one_warning(tmp_path, warnings):
     app = make_app(mods.get_wandb_mod("test-project"))
-    for server_round in (1, 2):
-        msg = message(MessageType.TRAIN, 7, server_round)
-        reply, bare_reply = send(app, msg), send(make_app(None), msg)
-        assert reply.content.configs_records == bare_reply.content.configs_records
-    assert len(warnings) == 1 and "wandb logging failed" in warnings[0].getMessage()
+    started = time.monotonic()
+    run_rounds(app, [7], [1, 2])
+    assert time.monotonic() - started < 10
+    [warning] = warnings
+    assert "logged offline" in warning.getMessage() and "wandb sync" in warning.getMessage()
+    history = Wandb(tmp_path).read()[7]
+    assert [history[step]["train/loss"] for step in (1, 2)] == [7.1, 7.2]
+    return warning.getMessage()
+
+
+def test_wandb_asked_to_go_online_without_a_key_logs_offline_with_one_warning(
+    tmp_path, wandb_online_without_a_key, warnings
+):
+    assert "no W&B API key" in assert_falls_back_to_offline_with_one_warning(tmp_path, warnings)
+
+
+def test_wandb_with_a_key_but_no_route_to_its_host_logs_offline_within_seconds(
+    tmp_path, wandb_online_without_a_key, monkeypatch, warnings
+):
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{launch.free_port()}")  # nothing listens
+    assert "can't reach 127.0.0.1" in assert_falls_back_to_offline_with_one_warning(tmp_path, warnings)
 
 
 def test_an_error_reply_passes_through_untouched(backend):
