@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 from flwr.common.config import parse_config_args
 
-from certs import make_certificates
+from certs import make_certificates, make_key_pair
 from config import load_settings
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -30,9 +30,9 @@ GRACE_SECONDS = 5.0
 ROUND_DONE = re.compile(r"fit progress: \((\d+), ([\d.]+), \{'accuracy': ([\d.]+)\}")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -88,10 +88,13 @@ def federation_commands(
     driver_port: int,
     project_dir: Path = PROJECT_DIR,
     certificates: Optional[Dict[str, Path]] = None,
+    superlink_host: str = "127.0.0.1",
 ) -> Dict[str, List[str]]:
     """The seed's four commands, on the given ports, one client per partition.
 
-    With `certificates` (from certs.make_certificates), over TLS instead of --insecure.
+    The clients reach the SuperLink at `superlink_host`; the ServerApp, on the same
+    machine as the SuperLink, at 127.0.0.1 (the Driver API is not exposed). With
+    `certificates` (from certs.make_certificates), over TLS instead of --insecure.
     """
     if certificates:
         link_security = ["--ssl-ca-certfile", str(certificates["ca.crt"]),
@@ -104,20 +107,38 @@ def federation_commands(
     commands = {
         "superlink": [
             "flower-superlink", *link_security,
-            "--fleet-api-address", f"127.0.0.1:{fleet_port}",
+            "--fleet-api-address", f"{superlink_host}:{fleet_port}",
             "--driver-api-address", f"127.0.0.1:{driver_port}",
         ],
     }
     for partition_id, client_app in enumerate(clients):
         commands[f"client-{partition_id}"] = [
             "flower-client-app", f"client:{client_app}", *common,
-            "--superlink", f"127.0.0.1:{fleet_port}",
+            "--superlink", f"{superlink_host}:{fleet_port}",
             "--node-config", f"partition-id={partition_id},num-partitions={len(clients)}",
         ]
     commands["server"] = [
         "flower-server-app", "server:app", *common, "--superlink", f"127.0.0.1:{driver_port}"
     ]
     return commands
+
+
+def with_authentication(commands: Dict[str, List[str]], key_folder: Path) -> Dict[str, List[str]]:
+    """Turn on SuperNode authentication: a key pair for the SuperLink and for each
+    client in `key_folder`, every client's public key listed in `known-clients.csv`."""
+    keys = {name: make_key_pair(key_folder, name) for name in commands if name != "server"}
+    known_clients = key_folder / "known-clients.csv"
+    known_clients.write_text("".join(keys[name]["public"].read_text() for name in keys if name != "superlink"))
+    authenticated = {name: list(command) for name, command in commands.items()}
+    authenticated["superlink"] += [
+        "--auth-list-public-keys", str(known_clients),
+        "--auth-superlink-private-key", str(keys["superlink"]["private"]),
+        "--auth-superlink-public-key", str(keys["superlink"]["public"]),
+    ]
+    for name in keys.keys() - {"superlink"}:
+        authenticated[name] += ["--auth-supernode-private-key", str(keys[name]["private"]),
+                                "--auth-supernode-public-key", str(keys[name]["public"])]
+    return authenticated
 
 
 @contextmanager
@@ -150,16 +171,29 @@ def federation(
 
 
 def run(
-    clients: List[str], run_config: str, log_dir: Path, quiet: bool = False, tls: bool = False
+    clients: List[str],
+    run_config: str,
+    log_dir: Path,
+    quiet: bool = False,
+    tls: bool = False,
+    auth: bool = False,
+    superlink_host: str = "127.0.0.1",
 ) -> int:
     """Run one federation to its end; return 0 if every process did its part.
 
-    With `tls`, a fresh CA and SuperLink certificate go to `<log_dir>/certificates/`.
+    With `tls`, a fresh CA and SuperLink certificate go to `<log_dir>/certificates/`;
+    with `auth` (needs `tls`), fresh authentication keys to `<log_dir>/keys/`.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RUN_CONFIG": run_config, "PYTHONUNBUFFERED": "1"}
-    certificates = make_certificates(log_dir / "certificates", ["127.0.0.1", "localhost"]) if tls else None
-    commands = federation_commands(clients, free_port(), free_port(), certificates=certificates)
+    certificates = None
+    if tls:
+        hosts = list(dict.fromkeys([superlink_host, "127.0.0.1", "localhost"]))
+        certificates = make_certificates(log_dir / "certificates", hosts)
+    commands = federation_commands(clients, free_port(superlink_host), free_port(),
+                                   certificates=certificates, superlink_host=superlink_host)
+    if auth:
+        commands = with_authentication(commands, log_dir / "keys")
     say = (lambda *args: None) if quiet else print
     try:
         with federation(commands, log_dir, env, say) as processes:
@@ -222,11 +256,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dataset", default=None, help="hub id or local folder (default: the app's)")
     parser.add_argument("--tls", action="store_true",
                         help="connect over TLS, with a fresh CA and certificate in <logs>/certificates/")
+    parser.add_argument("--auth", action="store_true",
+                        help="with --tls: admit only SuperNodes with known keys, made fresh in <logs>/keys/")
+    parser.add_argument("--superlink-host", default="127.0.0.1",
+                        help="address the SuperLink's Fleet API listens on and the clients dial "
+                        "(default: 127.0.0.1; the ServerApp always uses 127.0.0.1)")
     parser.add_argument(
         "--logs", type=Path, default=Path("federation-logs"),
         help="folder for each process's output (default: ./federation-logs)",
     )
     args = parser.parse_args(argv)
+    if args.auth and not args.tls:
+        parser.error("--auth needs --tls: flwr authenticates SuperNodes over TLS only")
     overrides = [os.environ.get("RUN_CONFIG", "")]
     if args.rounds is not None:
         overrides.append(f"num-server-rounds={args.rounds}")
@@ -234,7 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides.append(f'dataset="{args.dataset}"')
     run_config = ",".join(override for override in overrides if override)
     settings = load_settings(parse_config_args([run_config]))  # a bad setting stops here, first
-    code = run(args.clients, run_config, args.logs.resolve(), tls=args.tls)
+    code = run(args.clients, run_config, args.logs.resolve(), tls=args.tls, auth=args.auth,
+               superlink_host=args.superlink_host)
     print(f"{'finished' if code == 0 else 'FAILED'}; process logs in {args.logs.resolve()}")
     print(f"TensorBoard: tensorboard --logdir {settings['logdir']}    W&B (offline): wandb sync wandb/offline-run-*")
     return code

@@ -69,3 +69,11 @@ def client_event_files(logdir: Path) -> List[Path]:
 def client_wandb_runs(folder: Path) -> Dict[str, dict]:
     """The clients' W&B runs: the server's is named `Server`."""
     return {run_id: run for run_id, run in read_wandb(folder).items() if run["name"] != "Server"}
+
+
+def wait_for_text(log_file: Path, text: str, timeout: float) -> None:
+    """Wait until a process's log file says `text`; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (log_file.exists() and text in log_file.read_text()):
+        assert time.monotonic() < deadline, f"{log_file.name} did not say {text!r} in {timeout} s"
+        time.sleep(0.1)

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 
 import launch
-from logs import client_event_files, client_wandb_runs, read_tensorboard
+from logs import client_event_files, client_wandb_runs, read_tensorboard, wait_for_text
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def text(path: Path) -> str:
@@ -36,9 +29,9 @@ def killed_and_restarted(tmp_path_factory, dataset_dir):
                                        f'logdir="{folder / "tb"}",server-logging="tensorboard"'}
     server_log = folder / "server.log"
     with launch.federation(commands, folder, env) as processes:
-        wait_for(lambda: "fit progress: (1," in text(server_log), 300, "round 1")
+        wait_for_text(server_log, "fit progress: (1,", 300)
         processes["client-1"].kill()
-        wait_for(lambda: "results and 1 failures" in text(server_log), 120, "the server to count the failure")
+        wait_for_text(server_log, "results and 1 failures", 120)
         processes["client-1-again"] = launch.start(commands["client-1"], folder / "client-1-again.log", env)
         assert processes["server"].wait(timeout=600) == 0
     assert f"Run finished {rounds} round(s)" in text(server_log)

@@ -9,7 +9,7 @@ import pytest
 from packaging.version import Version
 
 import launch
-from certs import make_certificates, make_key_pair
+from certs import make_certificates
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +29,15 @@ def all_text_under(folder: Path):
             yield path, path.read_bytes()
 
 
-def test_a_whole_run_completes_over_tls_with_a_current_cryptography(workdir):
+def test_a_whole_run_completes_over_tls_with_authenticated_supernodes_and_a_current_cryptography(workdir):
     # Installed over flwr 1.10's cap (cryptography<43), for its OpenSSL fixes: see the README.
     assert Version(cryptography.__version__) >= Version("48.0.1")
     folder, run_config = workdir
-    assert launch.run(["wandb_app", "tb_app"], run_config, folder / "logs", quiet=True, tls=True) == 0
+    assert launch.run(["wandb_app", "tb_app"], run_config, folder / "logs", quiet=True, tls=True, auth=True) == 0
     server_log = (folder / "logs" / "server.log").read_text()
     assert f"Run finished {ROUNDS} round(s)" in server_log
+    assert server_log.count("aggregate_fit: received 2 results and 0 failures") == ROUNDS
+    assert "Client authentication enabled with 2 known public keys" in (folder / "logs" / "superlink.log").read_text()
     for name in ("superlink", "client-0", "client-1", "server"):
         assert "insecure" not in (folder / "logs" / f"{name}.log").read_text().lower(), name
 
@@ -67,16 +69,12 @@ def test_the_wandb_api_key_never_appears_in_any_log_or_run_file(workdir, monkeyp
 def test_only_listed_supernodes_join_and_the_run_completes_with_them(workdir):
     folder, run_config = workdir
     certificates = make_certificates(folder / "certificates", ["127.0.0.1", "localhost"])
-    keys = {name: make_key_pair(folder / "keys", name) for name in ("superlink", "listed", "unlisted")}
-    (folder / "keys" / "known.csv").write_text(keys["listed"]["public"].read_text())  # as `cat *.pub` does
     commands = launch.federation_commands(["tb_app", "tb_app"], launch.free_port(), launch.free_port(),
                                           certificates=certificates)
-    commands["superlink"] += ["--auth-list-public-keys", str(folder / "keys" / "known.csv"),
-                              "--auth-superlink-private-key", str(keys["superlink"]["private"]),
-                              "--auth-superlink-public-key", str(keys["superlink"]["public"])]
-    for client, key in (("client-0", "listed"), ("client-1", "unlisted")):
-        commands[client] += ["--auth-supernode-private-key", str(keys[key]["private"]),
-                             "--auth-supernode-public-key", str(keys[key]["public"]), "--max-retries", "3"]
+    commands = launch.with_authentication(commands, folder / "keys")
+    # List client-0 only: client-1 has a key pair the SuperLink doesn't know.
+    (folder / "keys" / "known-clients.csv").write_text((folder / "keys" / "client-0.pub").read_text())
+    commands["client-1"] += ["--max-retries", "3"]
     env = {**os.environ, "RUN_CONFIG": run_config + ",min-clients=1"}
     with launch.federation(commands, folder, env) as processes:
         assert processes["server"].wait(timeout=300) == 0
