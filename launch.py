@@ -1,8 +1,9 @@
 """Run a whole local federation with one command: the four commands a user would type.
 
 Starts `flower-superlink`, one `flower-client-app` per client (each on its own IID
-partition) and `flower-server-app` on free loopback ports, shows the rounds as they
-complete, and stops every process it started when the run ends or on Ctrl-C. Each
+partition) and `flower-server-app` on free ports (on loopback unless told otherwise),
+shows the rounds as they complete, and stops every process it started when the run
+ends or on Ctrl-C. Each
 process writes to its own log file. Run `python launch.py --help` for the options.
 """
 
