@@ -3,8 +3,8 @@
 Starts `flower-superlink`, one `flower-client-app` per client (each on its own IID
 partition) and `flower-server-app` on free ports (on loopback unless told otherwise),
 shows the rounds as they complete, and stops every process it started when the run
-ends or on Ctrl-C. Each
-process writes to its own log file. Run `python launch.py --help` for the options.
+ends or on Ctrl-C. Each process writes to its own log file. Run `python launch.py
+--help` for the options.
 """
 
 import argparse
@@ -226,7 +226,7 @@ def _follow_server(processes: Dict[str, subprocess.Popen], server_log: Path, say
                 say(f"{name} stopped with exit code {process.returncode} before the run ended; "
                     f"its log: {server_log.parent / name}.log")
         if finished:
-            return server.returncode or int(bool(stopped))
+            return server.returncode or (1 if stopped else 0)
         if "superlink" in stopped or clients <= stopped:
             say("the run can't go on without the SuperLink or any client: stopping it")
             return 1
