@@ -14,7 +14,7 @@ run: $(VENV)/.installed  ## set up, then run a local federation (SuperLink, 2 cl
 	PATH="$(VENV)/bin:$$PATH" $(PYTHON) launch.py --rounds $(ROUNDS) $(if $(DATASET),--dataset "$(DATASET)")
 
 test: $(VENV)/.installed  ## set up, then run every test, the slow end-to-end ones included
-	PATH="$(VENV)/bin:$$PATH" $(PYTHON) -m pytest -m "slow or not slow" tests/
+	PATH="$(VENV)/bin:$$PATH" $(PYTHON) -m pytest -m "slow or not slow" --durations=10 tests/
 
 test-fast: $(VENV)/.installed  ## set up, then run the fast tests only
 	PATH="$(VENV)/bin:$$PATH" $(PYTHON) -m pytest tests/
