@@ -26,7 +26,7 @@ import time
 from functools import partial
 from logging import INFO, WARNING
 from typing import Callable, Dict, Hashable, Optional, Protocol, Tuple, Union
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 import wandb
 from flwr.client.typing import ClientAppCallable, Mod
@@ -296,7 +296,7 @@ def _check_wandb_reachable(timeout: float = 5.0) -> None:
     """
     if not _has_wandb_credentials():
         raise PermissionError("no W&B API key (set WANDB_API_KEY or run `wandb login`)")
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    url = _wandb_url()
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()
@@ -304,11 +304,16 @@ def _check_wandb_reachable(timeout: float = 5.0) -> None:
         raise ConnectionError(f"can't reach {url.hostname}:{port}: {error}") from None
 
 
+def _wandb_url() -> ParseResult:
+    """The W&B server the runs go to when online: WANDB_BASE_URL, or W&B's cloud."""
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+
+
 def _has_wandb_credentials() -> bool:
     """True when an API key is in WANDB_API_KEY or in ~/.netrc for the W&B host."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    host = _wandb_url().hostname
     try:
         return netrc.netrc().authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
