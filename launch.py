@@ -85,18 +85,21 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -
 
 def federation_commands(
     clients: List[str],
-    fleet_port: int,
-    driver_port: int,
+    fleet_port: Optional[int] = None,
+    driver_port: Optional[int] = None,
     project_dir: Path = PROJECT_DIR,
     certificates: Optional[Dict[str, Path]] = None,
     superlink_host: str = "127.0.0.1",
 ) -> Dict[str, List[str]]:
-    """The seed's four commands, on the given ports, one client per partition.
+    """The seed's four commands, on the given ports (free ones if not given), one
+    client per partition.
 
     The clients reach the SuperLink at `superlink_host`; the ServerApp, on the same
     machine as the SuperLink, at 127.0.0.1 (the Driver API is not exposed). With
     `certificates` (from certs.make_certificates), over TLS instead of --insecure.
     """
+    fleet_port = fleet_port or free_port(superlink_host)
+    driver_port = driver_port or free_port()
     if certificates:
         link_security = ["--ssl-ca-certfile", str(certificates["ca.crt"]),
                          "--ssl-certfile", str(certificates["server.pem"]),
@@ -191,8 +194,7 @@ def run(
     if tls:
         hosts = list(dict.fromkeys([superlink_host, "127.0.0.1", "localhost"]))
         certificates = make_certificates(log_dir / "certificates", hosts)
-    commands = federation_commands(clients, free_port(superlink_host), free_port(),
-                                   certificates=certificates, superlink_host=superlink_host)
+    commands = federation_commands(clients, certificates=certificates, superlink_host=superlink_host)
     if auth:
         commands = with_authentication(commands, log_dir / "keys")
     say = (lambda *args: None) if quiet else print

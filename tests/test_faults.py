@@ -24,7 +24,7 @@ def killed_and_restarted(tmp_path_factory, dataset_dir):
     the server's scalars and each client node's scalars."""
     rounds = 6
     folder = tmp_path_factory.mktemp("killed")
-    commands = launch.federation_commands(["tb_app", "tb_app"], launch.free_port(), launch.free_port())
+    commands = launch.federation_commands(["tb_app", "tb_app"])
     env = {**os.environ, "RUN_CONFIG": f'num-server-rounds={rounds},dataset="{dataset_dir}",'
                                        f'logdir="{folder / "tb"}",server-logging="tensorboard"'}
     server_log = folder / "server.log"
@@ -71,7 +71,7 @@ def test_clients_killed_right_after_their_round_2_reply_keep_rounds_1_and_2_on_d
     folder = tmp_path
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(folder)
-    commands = launch.federation_commands(["wandb_app", "tb_app"], launch.free_port(), launch.free_port())
+    commands = launch.federation_commands(["wandb_app", "tb_app"])
     env = {**os.environ, "RUN_CONFIG": f'num-server-rounds=5,dataset="{dataset_dir}"'}
     killed = set()
     with launch.federation(commands, folder, env) as processes:
@@ -98,7 +98,7 @@ def broken_monitoring(tmp_path_factory, dataset_dir):
     the TensorBoard logdir can't be created. Returns the folder."""
     folder = tmp_path_factory.mktemp("broken")
     (folder / "a-file").write_text("a file where the logdir's parent folder should be")
-    commands = launch.federation_commands(["wandb_app", "tb_app"], launch.free_port(), launch.free_port())
+    commands = launch.federation_commands(["wandb_app", "tb_app"])
     env = {key: value for key, value in os.environ.items() if key != "WANDB_API_KEY"}
     env.update(WANDB_MODE="online", WANDB_DIR=str(folder), NETRC=str(folder / "no-netrc"),
                RUN_CONFIG=f'num-server-rounds=2,dataset="{dataset_dir}",logdir="{folder / "a-file" / "tb"}"')

@@ -98,7 +98,7 @@ def test_the_simulation_engine_logs_every_round_of_each_node_where_it_was_starte
 
 
 def test_a_client_with_a_bad_node_config_stops_with_one_clear_error_before_training(workdir):
-    commands = launch.federation_commands(["tb_app"], launch.free_port(), launch.free_port())
+    commands = launch.federation_commands(["tb_app"])
     commands["client-0"][-1] = "partition-id=2,num-partitions=2"
     env = {**os.environ, "RUN_CONFIG": os.environ["RUN_CONFIG"] + ",min-clients=1"}
     with launch.federation(commands, workdir, env) as processes:

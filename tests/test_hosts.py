@@ -21,9 +21,8 @@ def run_across_hosts(folder, dataset_dir, client_apps, rounds, during_the_run=la
     """Run the federation with one test host per client; return the server's log."""
     with linked_hosts(len(client_apps)) as (superlink_address, hosts):
         certificates = make_certificates(folder / "certificates", [superlink_address, "127.0.0.1"])
-        commands = launch.federation_commands(
-            client_apps, launch.free_port(superlink_address), launch.free_port(),
-            certificates=certificates, superlink_host=superlink_address)
+        commands = launch.federation_commands(client_apps, certificates=certificates,
+                                              superlink_host=superlink_address)
         commands = launch.with_authentication(commands, folder / "keys")
         for i, host in enumerate(hosts):
             commands[f"client-{i}"] = host.command(commands[f"client-{i}"])

@@ -45,7 +45,7 @@ def test_a_whole_run_completes_over_tls_with_authenticated_supernodes_and_a_curr
 def test_a_client_without_the_ca_certificate_cannot_connect_and_says_why(workdir):
     folder, run_config = workdir
     certificates = make_certificates(folder / "certificates", ["127.0.0.1", "localhost"])
-    commands = launch.federation_commands(["tb_app"], launch.free_port(), launch.free_port(), certificates=certificates)
+    commands = launch.federation_commands(["tb_app"], certificates=certificates)
     client = [arg for arg in commands["client-0"] if arg not in ("--root-certificates", str(certificates["ca.crt"]))]
     with launch.federation({"superlink": commands["superlink"], "client": client}, folder, dict(os.environ)):
         deadline = time.monotonic() + 60  # it keeps retrying: wait for it to say why it fails
@@ -69,8 +69,7 @@ def test_the_wandb_api_key_never_appears_in_any_log_or_run_file(workdir, monkeyp
 def test_only_listed_supernodes_join_and_the_run_completes_with_them(workdir):
     folder, run_config = workdir
     certificates = make_certificates(folder / "certificates", ["127.0.0.1", "localhost"])
-    commands = launch.federation_commands(["tb_app", "tb_app"], launch.free_port(), launch.free_port(),
-                                          certificates=certificates)
+    commands = launch.federation_commands(["tb_app", "tb_app"], certificates=certificates)
     commands = launch.with_authentication(commands, folder / "keys")
     # List client-0 only: client-1 has a key pair the SuperLink doesn't know.
     (folder / "keys" / "known-clients.csv").write_text((folder / "keys" / "client-0.pub").read_text())
